@@ -1,0 +1,50 @@
+//! Builds the pingora server from a validated [`Config`]: lifecycle settings and the services.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::snapshot::{Refresher, SnapshotHandle};
+
+/// Options of `mtls-gateway run` that pingora itself acts on.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Take the listening sockets over from a running instance (`run --upgrade`).
+    pub upgrade: bool,
+    /// The configuration file, watched for changes to the static mappings.
+    pub config_path: Option<PathBuf>,
+}
+
+pub fn build(config: &Config, options: RunOptions) -> Server {
+    let runtime_dir = config.lifecycle.runtime_dir.trim_end_matches('/');
+    let conf = ServerConf {
+        grace_period_seconds: Some(config.lifecycle.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(config.lifecycle.shutdown_timeout_seconds),
+        threads: config.lifecycle.threads,
+        pid_file: format!("{runtime_dir}/mtls-gateway.pid"),
+        upgrade_sock: format!("{runtime_dir}/upgrade.sock"),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: options.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let snapshot = Arc::new(SnapshotHandle::default());
+    let refresher = Refresher::new(Arc::clone(&snapshot), config, options.config_path);
+    let refresher = server.add_service(background_service("snapshot refresher", refresher));
+
+    let proxy = Proxy::new(snapshot, config.proxy.clone(), config.upstream.clone());
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    proxy.add_tcp(&config.proxy.listen.to_string());
+    // No request is served before the first snapshot is loaded.
+    server.add_service(proxy).add_dependency(&refresher);
+    server
+}
