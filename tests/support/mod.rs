@@ -7,4 +7,7 @@
 
 pub mod certs;
 pub mod fixtures;
+pub mod gateway;
 pub mod openbao;
+pub mod partner;
+pub mod pki;
