@@ -1,6 +1,7 @@
 //! mtls-gateway: an egress gateway that presents a client certificate chosen per account,
 //! service and target URL. See `DESIGN.md` for the flow; each module owns one concern.
 
+pub mod admin;
 pub mod config;
 pub mod ids;
 pub mod p12;

@@ -11,6 +11,14 @@ use mtls_gateway::config::{Config, LogFormat};
 use mtls_gateway::p12::{self, DiagnosisPolicy, Verdict};
 use mtls_gateway::server::{self, RunOptions};
 
+/// Pingora modules whose debug output includes request headers.
+const HEADER_DUMPING_TARGETS: [&str; 4] = [
+    "pingora_core::protocols::http",
+    "pingora_proxy::proxy_h1",
+    "pingora_proxy::proxy_h2",
+    "pingora_proxy::proxy_custom",
+];
+
 /// Exit status for a usage error: a missing password, an unreadable file.
 const EXIT_USAGE: u8 = 1;
 /// Exit status when the input was read but is not acceptable: bad config, unusable P12.
@@ -101,7 +109,13 @@ fn run(path: &Path, options: RunOptions) -> ExitCode {
     init_logging(&config);
     tracing::info!(config = %path.display(), "configuration loaded");
 
-    server::build(&config, options).run_forever()
+    match server::build(&config, options) {
+        Ok(server) => server.run_forever(),
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -178,8 +192,15 @@ fn read_password(password_file: Option<&Path>) -> Result<SecretString, String> {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    // Pingora's debug lines print whole request headers, credentials included; no log level
+    // may turn them on.
+    for quiet in HEADER_DUMPING_TARGETS {
+        if let Ok(directive) = format!("{quiet}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

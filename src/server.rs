@@ -7,6 +7,9 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 
+use crate::admin::auth::Authenticator;
+use crate::admin::throttle::Throttle;
+use crate::admin::{AdminService, AdminState};
 use crate::config::Config;
 use crate::proxy::Proxy;
 use crate::snapshot::{Refresher, SnapshotHandle};
@@ -20,7 +23,10 @@ pub struct RunOptions {
     pub config_path: Option<PathBuf>,
 }
 
-pub fn build(config: &Config, options: RunOptions) -> Server {
+/// The server with its three services; `Err` when credentials named in the configuration
+/// cannot be read.
+pub fn build(config: &Config, options: RunOptions) -> Result<Server, String> {
+    let auth = Arc::new(Authenticator::new(&config.auth)?);
     let runtime_dir = config.lifecycle.runtime_dir.trim_end_matches('/');
     let conf = ServerConf {
         grace_period_seconds: Some(config.lifecycle.grace_period_seconds),
@@ -41,10 +47,28 @@ pub fn build(config: &Config, options: RunOptions) -> Server {
     let refresher = Refresher::new(Arc::clone(&snapshot), config, options.config_path);
     let refresher = server.add_service(background_service("snapshot refresher", refresher));
 
-    let proxy = Proxy::new(snapshot, config.proxy.clone(), config.upstream.clone());
+    let admin = AdminState {
+        snapshot: Arc::clone(&snapshot),
+        auth: Arc::clone(&auth),
+        throttle: Arc::new(Throttle::new(&config.admin.throttle)),
+        config: Arc::new(config.admin.clone()),
+        upstream: Arc::new(config.upstream.clone()),
+        expires_soon_days: config.p12.expires_soon_days,
+        bound: Arc::new(std::sync::OnceLock::new()),
+    };
+    let admin_address = Arc::clone(&admin.bound);
+    server.add_service(background_service("admin", AdminService { state: admin }));
+
+    let proxy = Proxy::new(
+        snapshot,
+        config.proxy.clone(),
+        config.upstream.clone(),
+        auth,
+        admin_address,
+    );
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     proxy.add_tcp(&config.proxy.listen.to_string());
     // No request is served before the first snapshot is loaded.
     server.add_service(proxy).add_dependency(&refresher);
-    server
+    Ok(server)
 }

@@ -129,7 +129,8 @@ fn run_loads_the_store_and_stops_on_sigterm_within_seconds() {
         dir.path(),
         &format!(
             "store:\n  kind: local\n  path: {}\nlifecycle:\n  grace_period_seconds: 1\n  \
-             shutdown_timeout_seconds: 1\n  runtime_dir: {}\nproxy:\n  listen: 127.0.0.1:{}\n",
+             shutdown_timeout_seconds: 1\n  runtime_dir: {}\nproxy:\n  listen: 127.0.0.1:{}\n\
+             admin:\n  listen: 127.0.0.1:0\n",
             store.display(),
             runtime.display(),
             free_port()

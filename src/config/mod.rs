@@ -11,6 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_norway::{Mapping, Value};
 
+use crate::admin::auth::AuthConfig;
+use crate::admin::throttle::ThrottleConfig;
+use crate::admin::AdminConfig;
 use crate::ids::{AccountId, EntryName, ServiceName};
 use crate::p12::DEFAULT_EXPIRES_SOON_DAYS;
 use crate::store::{StoreConfig, UrlMatch};
@@ -66,6 +69,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub upstream: UpstreamConfig,
     pub mappings: Vec<StaticMapping>,
+    pub admin: AdminConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -167,6 +172,10 @@ pub struct ProxyConfig {
     /// HTTP proxy mode without a mapping: refuse (default), or call the partner over plain,
     /// server-authenticated TLS.
     pub refuse_unmapped: bool,
+    /// Clients configured with one base URL reach the compatible admin routes through this
+    /// listener too; they are passed to the admin listener.
+    pub serve_admin_routes: bool,
+    pub throttle: ThrottleConfig,
 }
 
 impl Default for ProxyConfig {
@@ -180,6 +189,8 @@ impl Default for ProxyConfig {
             default_account: None,
             default_service: None,
             refuse_unmapped: true,
+            serve_admin_routes: true,
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -313,6 +324,8 @@ impl fmt::Display for Problems {
 }
 
 const SECTIONS: &[&str] = &[
+    "admin",
+    "auth",
     "store",
     "log",
     "lifecycle",
@@ -370,6 +383,17 @@ impl Config {
         let proxy = section::<ProxyConfig>(&root, "proxy", &mut problems);
         let upstream = section::<UpstreamConfig>(&root, "upstream", &mut problems);
         let mappings = static_mappings(&root, &mut problems);
+        let admin = section::<AdminConfig>(&root, "admin", &mut problems);
+        let auth = section::<AuthConfig>(&root, "auth", &mut problems);
+        if let Some(auth) = &auth {
+            problems.extend(auth.problems().into_iter().map(|(path, message)| Problem {
+                path: format!("auth.{path}"),
+                message,
+            }));
+        }
+        if let (Some(auth), Some(admin), Some(proxy)) = (&auth, &admin, &proxy) {
+            problems.extend(open_listeners(auth, admin, proxy));
+        }
 
         if let Some(store) = &store {
             problems.extend(store.problems().into_iter().map(|(path, message)| Problem {
@@ -437,7 +461,8 @@ impl Config {
         }
 
         let all_mappings: Option<Vec<StaticMapping>> = mappings.into_iter().collect();
-        match (
+        let listeners = admin.zip(auth);
+        let sections = (
             store,
             log,
             lifecycle,
@@ -446,16 +471,20 @@ impl Config {
             proxy,
             upstream,
             all_mappings,
-        ) {
+        );
+        match (sections, listeners) {
             (
-                Some(store),
-                Some(log),
-                Some(lifecycle),
-                Some(p12),
-                Some(refresh),
-                Some(proxy),
-                Some(upstream),
-                Some(mappings),
+                (
+                    Some(store),
+                    Some(log),
+                    Some(lifecycle),
+                    Some(p12),
+                    Some(refresh),
+                    Some(proxy),
+                    Some(upstream),
+                    Some(mappings),
+                ),
+                Some((admin, auth)),
             ) if problems.is_empty() => Ok(Self {
                 store,
                 log,
@@ -465,10 +494,33 @@ impl Config {
                 proxy,
                 upstream,
                 mappings,
+                admin,
+                auth,
             }),
             _ => Err(Problems(problems)),
         }
     }
+}
+
+/// Authentication may be off only while every listener is bound to loopback.
+fn open_listeners(auth: &AuthConfig, admin: &AdminConfig, proxy: &ProxyConfig) -> Vec<Problem> {
+    if auth.enabled {
+        return Vec::new();
+    }
+    [
+        ("admin.listen", admin.listen),
+        ("proxy.listen", proxy.listen),
+    ]
+    .into_iter()
+    .filter(|(_, address)| !address.ip().is_loopback())
+    .map(|(path, address)| Problem {
+        path: path.to_owned(),
+        message: format!(
+            "{address} is reachable from the network while auth.enabled is false; bind it \
+                 to 127.0.0.1 or turn authentication on"
+        ),
+    })
+    .collect()
 }
 
 impl UpstreamConfig {

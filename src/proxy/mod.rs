@@ -16,6 +16,8 @@ use pingora::{Error, ErrorType, Result};
 use serde_json::json;
 use tracing::{debug, info};
 
+use crate::admin::auth::{Authenticator, RouteClass, SignedRequest};
+use crate::admin::throttle::{retry_after, Throttle};
 use crate::config::{ProxyConfig, UpstreamConfig};
 use crate::snapshot::{Binding, MatchKind, SnapshotHandle};
 
@@ -63,6 +65,9 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     reused: Option<bool>,
     error_code: Option<&'static str>,
+    /// A compatible admin path, passed to the admin listener untouched.
+    admin: bool,
+    client: Option<std::net::IpAddr>,
 }
 
 /// A refusal answered by the gateway itself: status, stable code, a sentence, extra fields.
@@ -71,6 +76,7 @@ struct Refusal {
     code: &'static str,
     message: String,
     fields: serde_json::Map<String, serde_json::Value>,
+    headers: Vec<(&'static str, String)>,
 }
 
 impl Refusal {
@@ -80,6 +86,7 @@ impl Refusal {
             code,
             message: message.into(),
             fields: serde_json::Map::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -97,6 +104,10 @@ pub struct Proxy {
     upstream: UpstreamConfig,
     account_header: HeaderName,
     service_header: HeaderName,
+    auth: Arc<Authenticator>,
+    throttle: Throttle,
+    /// Where compatible admin paths go when `serve_admin_routes` is on, once it is bound.
+    admin: Arc<std::sync::OnceLock<SocketAddr>>,
 }
 
 impl Proxy {
@@ -105,6 +116,8 @@ impl Proxy {
         snapshot: Arc<SnapshotHandle>,
         config: ProxyConfig,
         upstream: UpstreamConfig,
+        auth: Arc<Authenticator>,
+        admin: Arc<std::sync::OnceLock<SocketAddr>>,
     ) -> Self {
         let header = |name: &str, fallback: &'static str| {
             HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static(fallback))
@@ -118,9 +131,70 @@ impl Proxy {
                 &config.service_header,
                 crate::config::DEFAULT_SERVICE_HEADER,
             ),
+            throttle: Throttle::new(&config.throttle),
             snapshot,
             config,
             upstream,
+            auth,
+            admin,
+        }
+    }
+
+    /// The compatible admin routes, which clients with one base URL send to this listener.
+    fn is_admin_path(&self, path: &str) -> bool {
+        if !self.config.serve_admin_routes {
+            return false;
+        }
+        let below_account = path
+            .strip_prefix(FORWARD_PREFIX)
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(account, more)| !account.is_empty() && !more.is_empty());
+        below_account || path == "/mtls/mapping" || path.starts_with("/api/account/")
+    }
+
+    /// Checks the caller's credentials for the forward call. In HTTP proxy mode they come in
+    /// `Proxy-Authorization`, since `Authorization` belongs to the partner.
+    fn authenticate(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+    ) -> std::result::Result<(), Refusal> {
+        let mut headers = req.headers.clone();
+        if ctx.way_in == Some(WayIn::HttpProxy) {
+            headers.remove(http::header::AUTHORIZATION);
+            if let Some(value) = req.headers.get(http::header::PROXY_AUTHORIZATION) {
+                headers.insert(http::header::AUTHORIZATION, value.clone());
+            }
+        }
+        let host = header_text(req, &http::header::HOST).unwrap_or_default();
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let url = format!("http://{host}{path}");
+        let signed = SignedRequest {
+            method: &req.method,
+            url: &url,
+            headers: &headers,
+            body: None,
+        };
+        let account = ctx.account.as_deref();
+        match self.auth.authorize(RouteClass::Forward, account, &signed) {
+            Ok(_) => Ok(()),
+            Err((failure, error)) => {
+                debug!(reason = failure.as_str(), "forward call refused");
+                let mut refusal = Refusal::new(error.status, error.code, error.message);
+                refusal.headers = error.headers;
+                // A proxy asks for its own credentials with 407 and Proxy-Authenticate; a 401
+                // with WWW-Authenticate would read as the partner's challenge.
+                if ctx.way_in == Some(WayIn::HttpProxy) && error.status == StatusCode::UNAUTHORIZED
+                {
+                    refusal.status = StatusCode::PROXY_AUTHENTICATION_REQUIRED;
+                    for (name, _) in &mut refusal.headers {
+                        if name.eq_ignore_ascii_case("www-authenticate") {
+                            *name = "proxy-authenticate";
+                        }
+                    }
+                }
+                Err(refusal)
+            }
         }
     }
 
@@ -157,6 +231,8 @@ impl Proxy {
             }
             pingora::http::authority::RawTargetAuthority::None => identify_forward(req, ctx)?,
         };
+
+        self.authenticate(req, ctx)?;
 
         let snapshot = self.snapshot.load();
         let account = ctx.account.as_deref().unwrap_or_default();
@@ -231,6 +307,29 @@ impl Proxy {
             ));
         }
         Ok(())
+    }
+
+    /// Per-client-IP throttling of this listener.
+    fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> std::result::Result<(), Refusal> {
+        let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        else {
+            return Ok(());
+        };
+        let client = self.throttle.client_ip(peer, &session.req_header().headers);
+        ctx.client = Some(client);
+        self.throttle.check(client).map_err(|wait| {
+            let seconds = retry_after(wait);
+            let mut refusal = Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                format!("too many requests from {client}; retry in {seconds} s"),
+            );
+            refusal.headers.push(("retry-after", seconds.to_string()));
+            refusal
+        })
     }
 
     fn peer(&self, addr: SocketAddr, target: &Target, binding: Option<&Binding>) -> HttpPeer {
@@ -370,6 +469,20 @@ fn classify(error: &Error) -> (&'static str, String) {
     )
 }
 
+/// A TLS 1.3 partner judges the client certificate after the client has finished its side of
+/// the handshake, so a refusal shows only as a new connection closing before any answer.
+///
+/// Limitation: a partner that accepts the certificate and then drops a new connection before
+/// answering is reported the same way; telling them apart needs the TLS alert, which pingora's
+/// upstream session does not surface.
+fn closed_after_handshake(error: &Error, ctx: &RequestCtx) -> bool {
+    let closed = matches!(
+        error.etype(),
+        ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+    );
+    closed && ctx.reused == Some(false) && ctx.binding.is_some()
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
@@ -387,18 +500,27 @@ impl ProxyHttp for Proxy {
             upstream_started: None,
             reused: None,
             error_code: None,
+            admin: false,
+            client: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let Err(refusal) = self.identify(session.req_header(), ctx) else {
+        let outcome = self.admit(session, ctx).and_then(|()| {
+            if self.is_admin_path(session.req_header().uri.path()) {
+                ctx.admin = true;
+                return Ok(());
+            }
+            self.identify(session.req_header(), ctx)
+        });
+        let Err(refusal) = outcome else {
             return Ok(false);
         };
         ctx.error_code = Some(refusal.code);
         let mut body = refusal.fields;
         body.insert("code".into(), refusal.code.into());
         body.insert("message".into(), refusal.message.into());
-        respond_json(session, refusal.status, body.into(), &[]).await?;
+        respond_json(session, refusal.status, body.into(), &refusal.headers).await?;
         Ok(true)
     }
 
@@ -407,6 +529,12 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.admin {
+            let Some(admin) = self.admin.get() else {
+                return Error::e_explain(ErrorType::ConnectRefused, "admin listener is not up");
+            };
+            return Ok(Box::new(HttpPeer::new(*admin, false, String::new())));
+        }
         let Some(target) = ctx.target.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "request has no target");
         };
@@ -445,6 +573,13 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.admin {
+            // The admin listener trusts loopback to name the client, for its own throttling.
+            if let Some(client) = ctx.client {
+                upstream.insert_header("x-forwarded-for", client.to_string())?;
+            }
+            return Ok(());
+        }
         let Some(target) = ctx.target.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "request has no target");
         };
@@ -468,6 +603,11 @@ impl ProxyHttp for Proxy {
         upstream.remove_header(&self.service_header);
         upstream.remove_header(&http::header::PROXY_AUTHORIZATION);
         upstream.remove_header("proxy-connection");
+        // On the forward call `Authorization` is the caller's credential for the gateway; the
+        // partner's comes in LP-authorization-override.
+        if ctx.way_in == Some(WayIn::Forward) {
+            upstream.remove_header(&http::header::AUTHORIZATION);
+        }
         if let Some(authorization) = ctx.authorization.take() {
             upstream.insert_header(http::header::AUTHORIZATION, authorization)?;
         }
@@ -495,6 +635,14 @@ impl ProxyHttp for Proxy {
             pingora::ErrorSource::Downstream => {
                 ("bad_request", "the request could not be read".to_owned())
             }
+            pingora::ErrorSource::Upstream if closed_after_handshake(e, ctx) => (
+                "tls_handshake_failed",
+                format!(
+                    "the partner closed the new connection before answering, which is how a \
+                     TLS 1.3 partner refuses a client certificate; check that it trusts the \
+                     mapped certificate's issuer: {e}"
+                ),
+            ),
             pingora::ErrorSource::Upstream => classify(e),
             _ if matches!(e.etype(), ErrorType::Custom("dns_failed")) => classify(e),
             _ => (
@@ -542,7 +690,7 @@ impl ProxyHttp for Proxy {
             service = ctx.service.as_deref().unwrap_or("-"),
             host = ctx.target.as_ref().map_or("-", |t| t.host.as_str()),
             mapping = %binding.map_or_else(|| "-".to_owned(), |b| b.origin.label()),
-            matched = ctx.match_kind.map_or("-", |k| match k { MatchKind::Exact => "exact", MatchKind::Prefix => "prefix" }),
+            matched = ctx.match_kind.map_or("-", MatchKind::as_str),
             certificate = binding.map_or("-", |b| b.certificate.fingerprint.short()),
             status,
             bytes_in = session.body_bytes_read(),

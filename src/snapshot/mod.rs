@@ -135,6 +135,15 @@ pub enum MatchKind {
     Prefix,
 }
 
+impl MatchKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Prefix => "prefix",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct UrlIndex {
     exact: HashMap<String, Arc<Binding>>,
@@ -254,6 +263,8 @@ pub struct SnapshotHandle {
     attempts: watch::Sender<u64>,
     /// The last rebuild's failure, if the last attempt failed.
     last_error: std::sync::Mutex<Option<String>>,
+    /// The store, once the refresher has opened it; the admin API writes through it.
+    store: std::sync::OnceLock<Arc<dyn crate::store::Store>>,
 }
 
 impl Default for SnapshotHandle {
@@ -263,6 +274,7 @@ impl Default for SnapshotHandle {
             wake: Notify::new(),
             attempts: watch::channel(0).0,
             last_error: std::sync::Mutex::new(None),
+            store: std::sync::OnceLock::new(),
         }
     }
 }
@@ -279,6 +291,15 @@ impl SnapshotHandle {
         attempts.mark_unchanged();
         self.wake.notify_one();
         let _ = attempts.changed().await;
+    }
+
+    /// The store, once opened.
+    pub fn store(&self) -> Option<Arc<dyn crate::store::Store>> {
+        self.store.get().cloned()
+    }
+
+    pub(crate) fn set_store(&self, store: Arc<dyn crate::store::Store>) {
+        let _ = self.store.set(store);
     }
 
     /// The last rebuild's error, when the last attempt failed.

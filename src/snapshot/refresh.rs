@@ -129,7 +129,7 @@ impl State {
                 let cause = std::error::Error::source(&e)
                     .map(|s| s.to_string())
                     .unwrap_or_default();
-                warn!(error = %e, cause = %cause, "snapshot rebuild failed; serving the previous one");
+                warn!(error = %e, %cause, "snapshot rebuild failed; serving the previous one");
                 self.handle.publish(Err(format!("{e}: {cause}")));
                 false
             }
@@ -168,14 +168,16 @@ impl State {
         match Config::load(path) {
             Ok(config) if config.mappings == self.statics => false,
             Ok(config) => {
-                info!(config = %path.display(), mappings = config.mappings.len(), "configuration reloaded");
+                let mappings = config.mappings.len();
+                info!(config = %path.display(), mappings, "configuration reloaded");
                 self.statics = config.mappings;
                 true
             }
             Err(problems) => {
+                let problems: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
                 error!(
                     config = %path.display(),
-                    problems = %problems.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                    problems = %problems.join("; "),
                     "configuration change refused; keeping the previous mappings"
                 );
                 false
@@ -192,7 +194,10 @@ async fn first_snapshot(
     let mut backoff = Duration::from_millis(250);
     let builder = loop {
         match store::open(config).await {
-            Ok(store) => break Builder::new(store, expires_soon_days),
+            Ok(store) => {
+                state.handle.set_store(Arc::clone(&store));
+                break Builder::new(store, expires_soon_days);
+            }
             Err(e) => {
                 warn!(error = %e, retry_in = ?backoff, "store could not be opened");
                 state.handle.publish(Err(e.to_string()));
