@@ -5,6 +5,7 @@
     reason = "helpers are pub for the test binaries that include them"
 )]
 
+pub mod admin;
 pub mod certs;
 pub mod fixtures;
 pub mod gateway;
