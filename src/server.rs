@@ -28,6 +28,9 @@ pub struct RunOptions {
 pub fn build(config: &Config, options: RunOptions) -> Result<Server, String> {
     let auth = Arc::new(Authenticator::new(&config.auth)?);
     let runtime_dir = config.lifecycle.runtime_dir.trim_end_matches('/');
+    // The pid file and the upgrade socket live here; `run --upgrade` fails without it.
+    std::fs::create_dir_all(runtime_dir)
+        .map_err(|e| format!("cannot create lifecycle.runtime_dir {runtime_dir}: {e}"))?;
     let conf = ServerConf {
         grace_period_seconds: Some(config.lifecycle.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(config.lifecycle.shutdown_timeout_seconds),

@@ -325,11 +325,22 @@ pub struct AdminService {
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let listen = self.state.config.listen;
-        let listener = match tokio::net::TcpListener::bind(listen).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                error!(address = %listen, error = %e, "admin listener cannot bind");
-                return;
+        // During `run --upgrade` the old process holds the address until it has drained, so
+        // binding is retried rather than given up.
+        let mut attempts = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(listen).await {
+                Ok(listener) => break listener,
+                Err(e) => {
+                    attempts += 1;
+                    if attempts == 1 {
+                        warn!(address = %listen, error = %e, "admin listener cannot bind yet; retrying");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
             }
         };
         let address = listener.local_addr().unwrap_or(listen);
