@@ -1116,6 +1116,50 @@ async fn vault_token_without_rights_is_permission_denied() {
 }
 
 #[tokio::test]
+async fn vault_token_with_the_shipped_policy_cannot_read_outside_its_prefix() {
+    let bao = OpenBao::shared();
+    let prefix = format!("test-{}", random_hex(6));
+    let outside = format!("outside-{}", random_hex(6));
+    vaultrs::kv2::set(
+        &bao.root(),
+        "secret",
+        &format!("{outside}/secret"),
+        &serde_json::json!({ "k": "v" }),
+    )
+    .await
+    .expect("root writes a secret outside the prefix");
+    let policy = openbao::store_policy("secret", &prefix);
+    let token = bao
+        .token_with_policy(&format!("{prefix}-shipped"), &policy)
+        .await;
+
+    let inside = vaultrs::kv2::set(
+        &bao.client(&token),
+        "secret",
+        &format!("{prefix}/x"),
+        &serde_json::json!({ "k": "v" }),
+    )
+    .await;
+    let read = vaultrs::kv2::read::<serde_json::Value>(
+        &bao.client(&token),
+        "secret",
+        &format!("{outside}/secret"),
+    )
+    .await;
+    let list = vaultrs::kv2::list(&bao.client(&token), "secret", "").await;
+
+    assert!(
+        inside.is_ok(),
+        "the policy allows writes under the prefix: {inside:?}"
+    );
+    match read {
+        Err(vaultrs::error::ClientError::APIError { code, .. }) => assert_eq!(code, 403),
+        other => panic!("a read outside the prefix must be refused, got {other:?}"),
+    }
+    assert!(list.is_err(), "listing the mount root must be refused");
+}
+
+#[tokio::test]
 async fn vault_lists_certificates_with_a_token_that_cannot_read_secrets() {
     let fixture = Fixture::new(Backend::vault().await).await;
     let Backend::Vault { config, .. } = &fixture.backend else {

@@ -192,18 +192,24 @@ impl Drop for OpenBao {
     }
 }
 
-/// The policy the store module documents for its token, for `mount` and `prefix`.
+/// The shipped least-privilege policy, `deploy/vault-policy.hcl`, for `mount` and `prefix`
+/// instead of its defaults: every Vault test runs with it, which proves it is enough.
 pub fn store_policy(mount: &str, prefix: &str) -> String {
-    format!(
-        r#"
-path "{mount}/data/{prefix}/*" {{
-  capabilities = ["create", "read", "update", "delete"]
-}}
-path "{mount}/metadata/{prefix}/*" {{
-  capabilities = ["create", "read", "update", "delete", "list"]
-}}
-"#
-    )
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault-policy.hcl");
+    let policy = std::fs::read_to_string(&shipped).expect("deploy/vault-policy.hcl is readable");
+    assert!(
+        policy.contains("\"secret/data/mtls-gateway/*\""),
+        "the shipped policy moved"
+    );
+    policy
+        .replace(
+            "\"secret/data/mtls-gateway/",
+            &format!("\"{mount}/data/{prefix}/"),
+        )
+        .replace(
+            "\"secret/metadata/mtls-gateway/",
+            &format!("\"{mount}/metadata/{prefix}/"),
+        )
 }
 
 /// `MTLS_GATEWAY_BAO`, else the project's `.venv/bin/bao`, else `bao` on `PATH`.
