@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod config;
 pub mod ids;
+pub mod metrics;
 pub mod p12;
 pub mod proxy;
 pub mod server;

@@ -166,6 +166,7 @@ async fn guard(
 ) -> Response {
     let client = state.throttle.client_ip(peer.ip(), request.headers());
     if let Err(wait) = state.throttle.check(client) {
+        crate::metrics::global().throttled("admin");
         let seconds = retry_after(wait);
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -200,6 +201,7 @@ async fn guard(
             next.run(request).await
         }
         Err((failure, error)) => {
+            crate::metrics::global().auth_failed(failure.as_str());
             warn!(
                 target: "mtls_gateway::admin",
                 client = %client,
@@ -302,6 +304,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics() -> Response {
+    crate::metrics::global().before_scrape();
     let families = prometheus::gather();
     let mut text = String::new();
     match prometheus::TextEncoder::new().encode_utf8(&families, &mut text) {
@@ -334,7 +337,8 @@ impl BackgroundService for AdminService {
                 Err(e) => {
                     attempts += 1;
                     if attempts == 1 {
-                        warn!(address = %listen, error = %e, "admin listener cannot bind yet; retrying");
+                        let address = listen;
+                        warn!(%address, error = %e, "admin listener cannot bind yet; retrying");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}

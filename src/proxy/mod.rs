@@ -19,6 +19,7 @@ use tracing::{debug, info};
 use crate::admin::auth::{Authenticator, RouteClass, SignedRequest};
 use crate::admin::throttle::{retry_after, Throttle};
 use crate::config::{ProxyConfig, UpstreamConfig};
+use crate::metrics::HandshakeFailure;
 use crate::snapshot::{Binding, MatchKind, SnapshotHandle};
 
 mod target;
@@ -180,6 +181,7 @@ impl Proxy {
             Ok(_) => Ok(()),
             Err((failure, error)) => {
                 debug!(reason = failure.as_str(), "forward call refused");
+                crate::metrics::global().auth_failed(failure.as_str());
                 let mut refusal = Refusal::new(error.status, error.code, error.message);
                 refusal.headers = error.headers;
                 // A proxy asks for its own credentials with 407 and Proxy-Authenticate; a 401
@@ -321,6 +323,7 @@ impl Proxy {
         let client = self.throttle.client_ip(peer, &session.req_header().headers);
         ctx.client = Some(client);
         self.throttle.check(client).map_err(|wait| {
+            crate::metrics::global().throttled("proxy");
             let seconds = retry_after(wait);
             let mut refusal = Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -483,6 +486,66 @@ fn closed_after_handshake(error: &Error, ctx: &RequestCtx) -> bool {
     closed && ctx.reused == Some(false) && ctx.binding.is_some()
 }
 
+/// Why a connection to a partner could not be established, when that is what `error` says.
+fn handshake_failure(error: &Error, ctx: &RequestCtx) -> Option<HandshakeFailure> {
+    if ctx.admin || error.esource() != &pingora::ErrorSource::Upstream {
+        return None;
+    }
+    if closed_after_handshake(error, ctx) {
+        return Some(HandshakeFailure::ClientCertificateRefused);
+    }
+    match error.etype() {
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => {
+            Some(HandshakeFailure::Timeout)
+        }
+        ErrorType::ConnectRefused => Some(HandshakeFailure::ConnectionRefused),
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
+            Some(HandshakeFailure::from_tls_text(&error.to_string()))
+        }
+        // A TLS 1.3 partner's alert arrives on the first read of a new connection.
+        ErrorType::ReadError | ErrorType::WriteError if ctx.reused == Some(false) => {
+            match HandshakeFailure::from_tls_text(&error.to_string()) {
+                HandshakeFailure::Other => None,
+                reason => Some(reason),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The request's labels and outcome in the request metrics. Account and service are the
+/// matched mapping's configured ids, never the caller's raw path or header values.
+fn record_request(session: &Session, ctx: &RequestCtx) {
+    let metrics = crate::metrics::global();
+    let way_in = if ctx.admin {
+        "admin_passthrough"
+    } else {
+        ctx.way_in.map_or("unknown", WayIn::as_str)
+    };
+    let binding = ctx.binding.as_deref();
+    let account = binding.map_or("-", |b| b.account.as_str());
+    let service = binding.map_or("-", |b| b.service.as_str());
+    let outcome = ctx.error_code.unwrap_or("ok");
+    metrics
+        .requests
+        .with_label_values(&[way_in, account, service, outcome])
+        .inc();
+    metrics
+        .request_duration
+        .with_label_values(&[way_in])
+        .observe(ctx.started.elapsed().as_secs_f64());
+    let bytes = [
+        ("in", session.body_bytes_read()),
+        ("out", session.body_bytes_sent()),
+    ];
+    for (direction, count) in bytes {
+        metrics
+            .request_bytes
+            .with_label_values(&[way_in, direction])
+            .inc_by(count as u64);
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
@@ -564,6 +627,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.reused = Some(reused);
+        if !ctx.admin {
+            crate::metrics::global().upstream_connected(reused);
+        }
         Ok(())
     }
 
@@ -651,6 +717,9 @@ impl ProxyHttp for Proxy {
             ),
         };
         ctx.error_code = Some(code);
+        if let Some(reason) = handshake_failure(e, ctx) {
+            crate::metrics::global().handshake_failed(reason);
+        }
         let status = match (e.esource(), ctx.way_in) {
             (pingora::ErrorSource::Downstream, _) => StatusCode::BAD_REQUEST,
             (_, Some(WayIn::Forward)) if code != "internal_error" => StatusCode::FAILED_DEPENDENCY,
@@ -681,6 +750,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        record_request(session, ctx);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let binding = ctx.binding.as_deref();
         info!(

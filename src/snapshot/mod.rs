@@ -114,6 +114,15 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
+    pub const ALL: [SkipReason; 6] = [
+        Self::CertificateMissing,
+        Self::CertificateUnusable,
+        Self::CertificateExpired,
+        Self::FileUnreadable,
+        Self::BadCaBundle,
+        Self::Duplicate,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CertificateMissing => "certificate_missing",
@@ -163,7 +172,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn new(revision: u64, skipped: Vec<Skipped>) -> Self {
+    pub fn new(revision: u64, skipped: Vec<Skipped>) -> Self {
         Self {
             revision,
             built_at: Some(SystemTime::now()),
@@ -174,7 +183,7 @@ impl Snapshot {
     }
 
     /// Adds a binding; `false` when its key is already taken (the first one stays).
-    pub(crate) fn insert(&mut self, binding: Binding) -> bool {
+    pub fn insert(&mut self, binding: Binding) -> bool {
         let urls = self
             .index
             .entry(binding.account.as_str().to_owned())
@@ -313,10 +322,14 @@ impl SnapshotHandle {
     pub(crate) fn publish(&self, outcome: Result<Snapshot, String>) {
         let error = match outcome {
             Ok(snapshot) => {
+                crate::metrics::global().snapshot_swapped(&snapshot);
                 self.current.store(Arc::new(snapshot));
                 None
             }
-            Err(error) => Some(error),
+            Err(error) => {
+                crate::metrics::global().snapshot_refresh_failed();
+                Some(error)
+            }
         };
         if let Ok(mut last) = self.last_error.lock() {
             *last = error;

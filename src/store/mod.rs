@@ -37,8 +37,11 @@ use tracing::warn;
 use crate::ids::{AccountId, CertificateId, EntryName, Fingerprint, MappingId, ServiceName};
 use crate::p12::{CertificateFacts, UsableP12};
 
+mod instrumented;
 pub mod local;
 pub mod vault;
+
+pub use instrumented::InstrumentedStore;
 
 pub use local::{LocalConfig, LocalStore};
 pub use vault::{VaultAuth, VaultConfig, VaultStore};
@@ -61,12 +64,14 @@ impl StoreConfig {
     }
 }
 
-/// Opens the configured backend; a Vault backend logs in and checks that it can write.
+/// Opens the configured backend; a Vault backend logs in and checks that it can write. Every
+/// call on the returned store is counted and timed in the store metrics.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
-    match config {
-        StoreConfig::Local(config) => Ok(Arc::new(LocalStore::open(config).await?)),
-        StoreConfig::Vault(config) => Ok(Arc::new(VaultStore::open(config).await?)),
-    }
+    let backend: Arc<dyn Store> = match config {
+        StoreConfig::Local(config) => Arc::new(LocalStore::open(config).await?),
+        StoreConfig::Vault(config) => Arc::new(VaultStore::open(config).await?),
+    };
+    Ok(Arc::new(InstrumentedStore::new(backend)))
 }
 
 /// The non-secret facts about a stored certificate: what lists and reads return.
