@@ -120,6 +120,8 @@ struct Settings {
     proxy_throttle: Option<&'static str>,
     /// Items of the `mappings` list.
     mappings: String,
+    /// The consumer's secret is kept in the store instead of a file.
+    consumer_in_store: bool,
 }
 
 impl Settings {
@@ -129,6 +131,7 @@ impl Settings {
             admin_throttle: Some("{per_second: 0}"),
             proxy_throttle: Some("{per_second: 0}"),
             mappings: String::new(),
+            consumer_in_store: false,
         }
     }
 
@@ -145,6 +148,18 @@ impl Settings {
     fn render(&self, listen: SocketAddr, runtime_dir: &Path) -> String {
         let secret_file = runtime_dir.join("consumer.secret");
         std::fs::write(&secret_file, format!("{CONSUMER_SECRET}\n")).expect("write the secret");
+        let consumer_secret = if self.consumer_in_store {
+            // What an operator writes: the local store mirrors Vault's
+            // `{prefix}/oauth1/consumers/{key}` with field `secret`.
+            let consumers = runtime_dir.join("store/oauth1/consumers");
+            std::fs::create_dir_all(&consumers).expect("create the consumers folder");
+            let entry = serde_json::json!({ "secret": CONSUMER_SECRET }).to_string();
+            let path = consumers.join(format!("{CONSUMER_KEY}.secret.json"));
+            std::fs::write(path, entry).expect("write the consumer secret into the store");
+            "secret_in_store: true".to_owned()
+        } else {
+            format!("secret_file: {}", quoted_path(&secret_file))
+        };
         let token = |id: &str, token: &str, accounts: &str, scopes: &str| {
             format!(
                 "    - id: {id}\n      sha256: {}\n      accounts: {accounts}\n      \
@@ -168,7 +183,7 @@ impl Settings {
         format!(
             "store:\n  kind: local\n  path: {store}\n\
              auth:\n  tokens:\n{admin}{reader}{account_a}  oauth1:\n    consumers:\n      \
-             - key: {CONSUMER_KEY}\n        secret_file: {secret}\n        \
+             - key: {CONSUMER_KEY}\n        {consumer_secret}\n        \
              accounts: [\"*\"]\n        scopes: [read, write, forward]\n{policy}\
              admin:\n  listen: 127.0.0.1:0\n{admin_throttle}\
              lifecycle:\n  grace_period_seconds: 1\n  shutdown_timeout_seconds: 1\n  \
@@ -186,7 +201,6 @@ impl Settings {
                 &format!("[{}]", quoted(ACCOUNT_A)),
                 "[read, write, forward]"
             ),
-            secret = quoted_path(&secret_file),
             admin_throttle = throttle(self.admin_throttle),
             dir = quoted_path(runtime_dir),
             proxy_throttle = throttle(self.proxy_throttle),
@@ -525,6 +539,43 @@ async fn oauthlib_signatures_pass_with_hmac_sha1_and_hmac_sha256() {
         assert_eq!(answer.status, StatusCode::OK, "{method}: {answer:?}");
         assert_eq!(answer.body[0]["doExist"], true, "{method}: {answer:?}");
     }
+    gateway.assert_no_secret_logged();
+}
+
+#[tokio::test]
+async fn a_consumer_secret_kept_in_the_store_verifies_signatures() {
+    let world = World::new();
+    let settings = Settings {
+        consumer_in_store: true,
+        ..Settings::mapped(&world)
+    };
+    let gateway = Running::start(&settings);
+    let http = client();
+    let check = Unsigned::new("POST", gateway.admin_url("/mtls/mapping?v=2"))
+        .json(&check_mapping_body(&world));
+
+    // The secret is read from the store shortly after start; until then the consumer is
+    // unknown, so retry for a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let header = check.sign();
+        let request = send_signed(
+            &http,
+            &header,
+            "POST",
+            &check.url,
+            check.content_type,
+            check.body.clone(),
+        );
+        let answer = answer(request).await;
+        if answer.status == StatusCode::OK || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.body[0]["doExist"], true, "{answer:?}");
     gateway.assert_no_secret_logged();
 }
 

@@ -1116,6 +1116,36 @@ async fn vault_token_without_rights_is_permission_denied() {
 }
 
 #[tokio::test]
+async fn vault_reads_an_oauth1_consumer_secret_an_operator_wrote() {
+    let fixture = Fixture::new(Backend::vault().await).await;
+    let Backend::Vault { config, .. } = &fixture.backend else {
+        unreachable!("a vault fixture")
+    };
+    let path = format!("{}/oauth1/consumers/partner-app", config.prefix);
+    let secret = serde_json::json!({ "secret": "consumer-secret-4d1f" });
+    vaultrs::kv2::set(&OpenBao::shared().root(), "secret", &path, &secret)
+        .await
+        .expect("the operator writes the secret");
+
+    let found = fixture
+        .store()
+        .consumer_secret("partner-app")
+        .await
+        .expect("read");
+    let missing = fixture
+        .store()
+        .consumer_secret("nobody")
+        .await
+        .expect("read");
+
+    assert_eq!(
+        found.map(|s| s.expose_secret().to_owned()).as_deref(),
+        Some("consumer-secret-4d1f")
+    );
+    assert!(missing.is_none());
+}
+
+#[tokio::test]
 async fn vault_token_with_the_shipped_policy_cannot_read_outside_its_prefix() {
     let bao = OpenBao::shared();
     let prefix = format!("test-{}", random_hex(6));

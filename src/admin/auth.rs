@@ -114,7 +114,8 @@ pub struct TokenConfig {
     pub scopes: Vec<Scope>,
 }
 
-/// An OAuth 1.0a consumer: key and secret. The secret comes from a file or the environment.
+/// An OAuth 1.0a consumer: key and secret. The secret comes from a file, the environment, or
+/// the store (Vault: `{prefix}/oauth1/consumers/{key}`, field `secret`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
@@ -123,9 +124,16 @@ pub struct ConsumerConfig {
     pub secret_file: Option<PathBuf>,
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// Read the secret from the store, and again every [`STORE_SECRET_REFRESH`].
+    #[serde(default)]
+    pub secret_in_store: bool,
     pub accounts: Vec<String>,
     pub scopes: Vec<Scope>,
 }
+
+/// How often consumer secrets kept in the store are read again, so a rotation there takes
+/// effect without a restart.
+pub const STORE_SECRET_REFRESH: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -183,12 +191,16 @@ impl AuthConfig {
             }
         }
         for (i, consumer) in self.oauth1.consumers.iter().enumerate() {
-            match (&consumer.secret_file, &consumer.secret_env) {
-                (Some(_), None) | (None, Some(_)) => {}
-                _ => problems.push((
+            let sources = [
+                consumer.secret_file.is_some(),
+                consumer.secret_env.is_some(),
+                consumer.secret_in_store,
+            ];
+            if sources.iter().filter(|given| **given).count() != 1 {
+                problems.push((
                     format!("oauth1.consumers[{i}]"),
-                    "give exactly one of secret_file and secret_env".to_owned(),
-                )),
+                    "give exactly one of secret_file, secret_env and secret_in_store".to_owned(),
+                ));
             }
         }
         if self.oauth1.timestamp_window_seconds == 0 {
@@ -275,7 +287,9 @@ impl Grant {
 }
 
 struct Consumer {
-    secret: SecretString,
+    /// `None` while a secret kept in the store has not been read yet.
+    secret: std::sync::RwLock<Option<SecretString>>,
+    in_store: bool,
     grant: Grant,
 }
 
@@ -328,8 +342,9 @@ impl Authenticator {
         let mut consumers = HashMap::new();
         for consumer in &config.oauth1.consumers {
             let secret = match (&consumer.secret_file, &consumer.secret_env) {
+                _ if consumer.secret_in_store => None,
                 (Some(path), _) => std::fs::read_to_string(path)
-                    .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                    .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
                     .map_err(|e| {
                         format!(
                             "consumer {}: cannot read {}: {e}",
@@ -337,7 +352,7 @@ impl Authenticator {
                             path.display()
                         )
                     })?,
-                (None, Some(name)) => std::env::var(name).map_err(|_| {
+                (None, Some(name)) => std::env::var(name).map(Some).map_err(|_| {
                     format!(
                         "consumer {}: environment variable {name} is not set",
                         consumer.key
@@ -352,7 +367,8 @@ impl Authenticator {
             consumers.insert(
                 consumer.key.clone(),
                 Consumer {
-                    secret: secret.into(),
+                    secret: std::sync::RwLock::new(secret.map(SecretString::from)),
+                    in_store: consumer.secret_in_store,
                     grant,
                 },
             );
@@ -365,6 +381,25 @@ impl Authenticator {
             policy: config.policy.clone(),
             nonces: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Consumers whose secret is kept in the store.
+    pub fn consumers_in_store(&self) -> Vec<String> {
+        self.consumers
+            .iter()
+            .filter(|(_, c)| c.in_store)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Sets (or, with `None`, forgets) a consumer secret read from the store.
+    pub fn set_secret_from_store(&self, key: &str, secret: Option<SecretString>) {
+        let Some(consumer) = self.consumers.get(key).filter(|c| c.in_store) else {
+            return;
+        };
+        if let Ok(mut slot) = consumer.secret.write() {
+            *slot = secret;
+        }
     }
 
     fn methods(&self, class: RouteClass) -> &[AuthMethod] {
@@ -493,6 +528,13 @@ impl Authenticator {
                 format!("consumer key {key:?} is not known"),
             ));
         };
+        let secret = consumer.secret.read().ok().and_then(|s| s.clone());
+        let Some(secret) = secret else {
+            return Err((
+                AuthFailure::UnknownConsumer,
+                format!("consumer key {key:?} has no secret in the store (yet)"),
+            ));
+        };
 
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -512,7 +554,7 @@ impl Authenticator {
 
         let base = signature_base_string(request, &params)
             .ok_or_else(|| malformed("the request URL does not parse"))?;
-        let key_material = format!("{}&", encode(consumer.secret.expose_secret()));
+        let key_material = format!("{}&", encode(secret.expose_secret()));
         let expected = match method {
             "HMAC-SHA1" => {
                 hmac_base64::<Hmac<sha1::Sha1>>(key_material.as_bytes(), base.as_bytes())

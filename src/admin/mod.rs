@@ -327,6 +327,10 @@ pub struct AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::spawn(follow_consumer_secrets(
+            self.state.clone(),
+            shutdown.clone(),
+        ));
         let listen = self.state.config.listen;
         // During `run --upgrade` the old process holds the address until it has drained, so
         // binding is retried rather than given up.
@@ -359,6 +363,42 @@ impl BackgroundService for AdminService {
             .await
         {
             error!(error = %e, "admin listener failed");
+        }
+    }
+}
+
+/// Keeps the OAuth 1.0a consumer secrets kept in the store current: read once the store is
+/// open, then every [`auth::STORE_SECRET_REFRESH`]. A failed read keeps the last secret.
+async fn follow_consumer_secrets(state: AdminState, mut shutdown: ShutdownWatch) {
+    let keys = state.auth.consumers_in_store();
+    if keys.is_empty() {
+        return;
+    }
+    loop {
+        let pause = match state.snapshot.store() {
+            None => Duration::from_millis(250),
+            Some(store) => {
+                for key in &keys {
+                    match store.consumer_secret(key).await {
+                        Ok(secret) => {
+                            if secret.is_none() {
+                                warn!(consumer = %key, "OAuth1 consumer has no secret in the store");
+                            }
+                            state.auth.set_secret_from_store(key, secret);
+                        }
+                        Err(error) => warn!(
+                            consumer = %key,
+                            %error,
+                            "OAuth1 consumer secret could not be read; keeping the last one"
+                        ),
+                    }
+                }
+                auth::STORE_SECRET_REFRESH
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => return,
         }
     }
 }

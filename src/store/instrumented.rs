@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use secrecy::SecretString;
 
 use super::{
     CertificateChange, CertificateRecord, Mapping, MappingSpec, NewCertificate, Store, StoreError,
@@ -136,5 +137,10 @@ impl Store for InstrumentedStore {
 
     async fn revision(&self) -> Result<u64, StoreError> {
         self.measured("revision", self.0.revision()).await
+    }
+
+    async fn consumer_secret(&self, key: &str) -> Result<Option<SecretString>, StoreError> {
+        self.measured("consumer_secret", self.0.consumer_secret(key))
+            .await
     }
 }

@@ -27,14 +27,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
 use async_trait::async_trait;
+use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{
     conflict, keep_readable, key_conflict, keys, not_found, now, users_of, CertificateChange,
-    CertificateRecord, Claim, Mapping, MappingSpec, NewCertificate, SecretHalf, Store, StoreError,
-    StoredP12,
+    CertificateRecord, Claim, ConsumerSecret, Mapping, MappingSpec, NewCertificate, SecretHalf,
+    Store, StoreError, StoredP12,
 };
 use crate::ids::{AccountId, CertificateId, MappingId};
 
@@ -451,6 +452,15 @@ impl Store for LocalStore {
 
     async fn revision(&self) -> Result<u64, StoreError> {
         self.run(|inner| inner.counter(keys::REVISION)).await
+    }
+
+    async fn consumer_secret(&self, key: &str) -> Result<Option<SecretString>, StoreError> {
+        let key = keys::consumer(key);
+        self.run(move |inner| {
+            let secret: Option<ConsumerSecret> = inner.read(&inner.secret_file(&key))?;
+            Ok(secret.map(|s| SecretString::from(s.secret)))
+        })
+        .await
     }
 }
 

@@ -321,6 +321,10 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Changes on every write, by this instance or another sharing the backend.
     async fn revision(&self) -> Result<u64, StoreError>;
+
+    /// The secret of an OAuth 1.0a consumer kept in the store at `oauth1/consumers/{key}`
+    /// (field `secret`), written there by an operator; `None` when there is none.
+    async fn consumer_secret(&self, key: &str) -> Result<Option<SecretString>, StoreError>;
 }
 
 impl CertificateRecord {
@@ -393,6 +397,12 @@ impl fmt::Debug for SecretHalf {
     }
 }
 
+/// An OAuth 1.0a consumer's secret as both backends keep it.
+#[derive(Deserialize)]
+struct ConsumerSecret {
+    secret: String,
+}
+
 /// The create-only claim that makes a name or a mapping key unique: it records its holder.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Claim {
@@ -459,6 +469,11 @@ mod keys {
     pub(super) const ACCOUNTS: &str = "accounts";
     pub(super) const SEQUENCE: &str = "sequence";
     pub(super) const REVISION: &str = "revision";
+
+    /// Where an OAuth 1.0a consumer's secret lives.
+    pub(super) fn consumer(key: &str) -> String {
+        format!("oauth1/consumers/{}", segment(key))
+    }
 
     /// Encoded path segments keep letters, digits, '-', '_' and '.'; everything else,
     /// '/' and '%' included, is percent-encoded, so a segment never splits or escapes a path.

@@ -61,8 +61,8 @@ use vaultrs::kv2;
 
 use super::{
     conflict, keep_readable, key_conflict, keys, not_found, now, users_of, CertificateChange,
-    CertificateRecord, Claim, Mapping, MappingSpec, NewCertificate, SecretHalf, Store, StoreError,
-    StoredP12,
+    CertificateRecord, Claim, ConsumerSecret, Mapping, MappingSpec, NewCertificate, SecretHalf,
+    Store, StoreError, StoredP12,
 };
 use crate::ids::{AccountId, CertificateId, MappingId};
 
@@ -992,6 +992,11 @@ impl Store for VaultStore {
     async fn revision(&self) -> Result<u64, StoreError> {
         let metadata = self.read_metadata(keys::REVISION).await?;
         Ok(metadata.map_or(0, |m| m.current_version))
+    }
+
+    async fn consumer_secret(&self, key: &str) -> Result<Option<SecretString>, StoreError> {
+        let secret: Option<ConsumerSecret> = self.read_data(&keys::consumer(key)).await?;
+        Ok(secret.map(|s| SecretString::from(s.secret)))
     }
 }
 
