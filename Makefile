@@ -110,3 +110,29 @@ demo-partner: fixtures
 	@echo "partner on https://localhost:8443 (its CA: $(DEMO)/ca.pem); Ctrl-C stops it"
 	openssl s_server -accept 127.0.0.1:8443 -cert $(DEMO)/server.crt -key $(DEMO)/server.key \
 	  -Verify 2 -CAfile target/p12-fixtures/by-hand/ca.pem -www -quiet
+
+# The load benchmark (bench/load/run.py): mtls-gateway against nginx as an mTLS egress gateway,
+# on loopback, a few minutes on 2 cores; one table on stdout, the raw output in BENCH_RESULTS.
+# Installs nginx and wrk (Debian) and Python's cryptography (PyPI, into ./.venv) when missing.
+# The micro-benchmarks are separate: cargo bench --bench lookup|request_path|p12_decode|snapshot_build.
+.PHONY: bench
+CRYPTOGRAPHY_VERSION := 48.0.0
+BENCH_RESULTS ?= benches/results/load-$(shell date -u +%F).txt
+BENCH_ARGS ?=
+bench: deps
+	@missing=""; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v taskset >/dev/null || missing="$$missing util-linux"; \
+	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	@$(VENV)/bin/python -c 'import cryptography' 2>/dev/null || { \
+	  echo "installing: cryptography==$(CRYPTOGRAPHY_VERSION) (PyPI, into $(VENV))"; \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check cryptography==$(CRYPTOGRAPHY_VERSION); }
+	$(CARGO) build --locked --release --bin mtls-gateway
+	$(VENV)/bin/python bench/load/run.py --gateway target/release/mtls-gateway \
+	  --results $(BENCH_RESULTS) $(BENCH_ARGS)
