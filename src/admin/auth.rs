@@ -383,6 +383,11 @@ impl Authenticator {
         })
     }
 
+    /// Whether credentials are checked at all (off only with every listener on loopback).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Consumers whose secret is kept in the store.
     pub fn consumers_in_store(&self) -> Vec<String> {
         self.consumers

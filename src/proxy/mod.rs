@@ -27,6 +27,13 @@ mod target;
 pub use target::{Target, TargetError};
 
 const FORWARD_PREFIX: &str = "/mtls/account/";
+
+/// How long a resolved partner address is reused: long enough that lookups vanish from the
+/// request path, short enough that a partner moving its address is followed within a minute.
+const DNS_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Upper bound on cached names, so callers naming random hosts cannot grow the cache.
+const DNS_CACHE_ENTRIES: usize = 10_000;
 const FORWARD_URL: &str = "lp-forward-url";
 const SERVICE_NAME: &str = "lp-service-name";
 const AUTHORIZATION_OVERRIDE: &str = "lp-authorization-override";
@@ -107,6 +114,9 @@ pub struct Proxy {
     service_header: HeaderName,
     auth: Arc<Authenticator>,
     throttle: Throttle,
+    /// Partner names resolved recently; a lookup per request costs more than the rest of the
+    /// request path together.
+    resolved: std::sync::RwLock<std::collections::HashMap<(String, u16), (SocketAddr, Instant)>>,
     /// Where compatible admin paths go when `serve_admin_routes` is on, once it is bound.
     admin: Arc<std::sync::OnceLock<SocketAddr>>,
 }
@@ -133,6 +143,7 @@ impl Proxy {
                 crate::config::DEFAULT_SERVICE_HEADER,
             ),
             throttle: Throttle::new(&config.throttle),
+            resolved: std::sync::RwLock::default(),
             snapshot,
             config,
             upstream,
@@ -160,13 +171,20 @@ impl Proxy {
         req: &RequestHeader,
         ctx: &RequestCtx,
     ) -> std::result::Result<(), Refusal> {
-        let mut headers = req.headers.clone();
-        if ctx.way_in == Some(WayIn::HttpProxy) {
+        if !self.auth.enabled() {
+            return Ok(());
+        }
+        // Only proxy mode needs a changed copy: its credentials are in Proxy-Authorization.
+        let headers = if ctx.way_in == Some(WayIn::HttpProxy) {
+            let mut headers = req.headers.clone();
             headers.remove(http::header::AUTHORIZATION);
             if let Some(value) = req.headers.get(http::header::PROXY_AUTHORIZATION) {
                 headers.insert(http::header::AUTHORIZATION, value.clone());
             }
-        }
+            std::borrow::Cow::Owned(headers)
+        } else {
+            std::borrow::Cow::Borrowed(&req.headers)
+        };
         let host = header_text(req, &http::header::HOST).unwrap_or_default();
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let url = format!("http://{host}{path}");
@@ -333,6 +351,43 @@ impl Proxy {
             refusal.headers.push(("retry-after", seconds.to_string()));
             refusal
         })
+    }
+
+    /// The partner's address: an IP literal as is, a name from the cache while it is younger
+    /// than [`DNS_CACHE_TTL`], else from a lookup on tokio's blocking pool.
+    ///
+    /// Limitation: the record's own TTL is not known through getaddrinfo, so a name that moves
+    /// is followed within [`DNS_CACHE_TTL`]; a resolver with TTLs would follow it exactly.
+    async fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Some(SocketAddr::new(ip, port));
+        }
+        let key = (host.to_owned(), port);
+        let cached = self
+            .resolved
+            .read()
+            .ok()
+            .and_then(|cache| cache.get(&key).copied());
+        if let Some((addr, at)) = cached {
+            if at.elapsed() < DNS_CACHE_TTL {
+                return Some(addr);
+            }
+        }
+        let addr = match tokio::net::lookup_host((host, port)).await {
+            Ok(mut addrs) => addrs.next(),
+            Err(e) => {
+                debug!(host, error = %e, "partner name did not resolve");
+                None
+            }
+        }?;
+        if let Ok(mut cache) = self.resolved.write() {
+            // Bounded: names come from mappings or callers; forget them all past a limit.
+            if cache.len() >= DNS_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, (addr, Instant::now()));
+        }
+        Some(addr)
     }
 
     fn peer(&self, addr: SocketAddr, target: &Target, binding: Option<&Binding>) -> HttpPeer {
@@ -602,13 +657,7 @@ impl ProxyHttp for Proxy {
             return Error::e_explain(ErrorType::InternalError, "request has no target");
         };
         ctx.upstream_started = Some(Instant::now());
-        let addr = match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
-            Ok(mut addrs) => addrs.next(),
-            Err(e) => {
-                debug!(host = %target.host, error = %e, "partner name did not resolve");
-                None
-            }
-        };
+        let addr = self.resolve(&target.host, target.port).await;
         let Some(addr) = addr else {
             ctx.error_code = Some("dns_failed");
             let why = format!("the partner's host name {} does not resolve", target.host);

@@ -21,6 +21,19 @@ use crate::ids::{AccountId, CertificateId, Fingerprint};
 use crate::p12::{self, ClientIdentity, Code, DiagnosisPolicy, Report};
 use crate::store::{CertificateRecord, Mapping, Store, StoreError};
 
+/// Entries kept in each content cache before it is emptied; far above any real configuration.
+const CACHE_LIMIT: usize = 100_000;
+
+/// SHA-256 over parts, each length-prefixed so that different splits never collide.
+fn digest_of(parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
 /// A static mapping, as the builder takes it.
 pub type StaticEntry = StaticMapping;
 
@@ -64,6 +77,11 @@ pub struct Builder {
     store: Arc<dyn Store>,
     expires_soon_days: i64,
     cache: Mutex<HashMap<(AccountId, CertificateId), Cached>>,
+    /// Identities from files, by digest of their bytes: mappings that name the same files share
+    /// one decoded identity, and an unchanged file is not decoded again.
+    files: Mutex<HashMap<[u8; 32], Arc<Loaded>>>,
+    /// Trust anchors by digest of their PEM: one parsed bundle however many mappings use it.
+    trusts: Mutex<HashMap<[u8; 32], Trust>>,
 }
 
 impl Builder {
@@ -72,6 +90,8 @@ impl Builder {
             store,
             expires_soon_days,
             cache: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            trusts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -158,7 +178,7 @@ impl Builder {
         };
         let loaded = self.stored_certificate(record).await?;
         let trust = match &spec.ca_pem {
-            Some(pem) => trust_from_pem(pem.as_bytes())?,
+            Some(pem) => self.trust(pem.as_bytes())?,
             None => Trust::system(),
         };
         Ok(binding(
@@ -248,26 +268,47 @@ impl Builder {
             } => {
                 let der = read(file)?;
                 let password = read(password_file)?;
-                let password = String::from_utf8_lossy(&password);
-                let password = password.strip_suffix('\n').unwrap_or(&password).to_owned();
-                let diagnosis = p12::diagnose(der, password.into(), &self.policy());
-                let usable = diagnosis
-                    .into_usable()
-                    .map_err(|report| unusable(&report))?;
-                Arc::new(load(usable.identity(), None)?)
+                let digest = digest_of(&[&der, &password]);
+                match self.file_identity(&digest) {
+                    Some(loaded) => loaded,
+                    None => {
+                        let password = String::from_utf8_lossy(&password);
+                        let password = password.strip_suffix('\n').unwrap_or(&password);
+                        let diagnosis = p12::diagnose(der, password.into(), &self.policy());
+                        let usable = diagnosis
+                            .into_usable()
+                            .map_err(|report| unusable(&report))?;
+                        self.remember_file_identity(digest, load(usable.identity(), None)?)
+                    }
+                }
             }
             CertificateSource::Pem {
                 cert_file,
                 key_file,
             } => {
                 let (chain, key) = (read(cert_file)?, read(key_file)?);
-                let (identity, _) = p12::diagnose_pem(&chain, &key, &self.policy())
-                    .map_err(|report| unusable(&report))?;
-                Arc::new(load(&identity, None)?)
+                let digest = digest_of(&[&chain, &key]);
+                match self.file_identity(&digest) {
+                    Some(loaded) => loaded,
+                    None => {
+                        let (identity, _) = p12::diagnose_pem(&chain, &key, &self.policy())
+                            .map_err(|report| unusable(&report))?;
+                        self.remember_file_identity(digest, load(&identity, None)?)
+                    }
+                }
             }
         };
+        self.static_binding_with(index, entry, loaded)
+    }
+
+    fn static_binding_with(
+        &self,
+        index: usize,
+        entry: &StaticEntry,
+        loaded: Arc<Loaded>,
+    ) -> Result<Binding, EntryError> {
         let trust = match &entry.ca_file {
-            Some(path) => trust_from_pem(&read(path)?)?,
+            Some(path) => self.trust(&read(path)?)?,
             None => Trust::system(),
         };
         Ok(binding(
@@ -280,6 +321,43 @@ impl Builder {
             trust,
             entry.verify_server,
         ))
+    }
+
+    fn file_identity(&self, digest: &[u8; 32]) -> Option<Arc<Loaded>> {
+        let cached = self.files.lock().ok()?.get(digest).cloned()?;
+        // An expired file is decoded again, so the diagnosis reports it.
+        (cached.presented.not_after >= OffsetDateTime::now_utc()).then_some(cached)
+    }
+
+    fn remember_file_identity(&self, digest: [u8; 32], loaded: Loaded) -> Arc<Loaded> {
+        let loaded = Arc::new(loaded);
+        if let Ok(mut files) = self.files.lock() {
+            if files.len() >= CACHE_LIMIT {
+                files.clear();
+            }
+            files.insert(digest, Arc::clone(&loaded));
+        }
+        loaded
+    }
+
+    fn trust(&self, pem: &[u8]) -> Result<Trust, EntryError> {
+        let digest = digest_of(&[pem]);
+        if let Some(trust) = self
+            .trusts
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&digest).cloned())
+        {
+            return Ok(trust);
+        }
+        let trust = trust_from_pem(pem)?;
+        if let Ok(mut trusts) = self.trusts.lock() {
+            if trusts.len() >= CACHE_LIMIT {
+                trusts.clear();
+            }
+            trusts.insert(digest, trust.clone());
+        }
+        Ok(trust)
     }
 
     fn policy(&self) -> DiagnosisPolicy {
