@@ -19,16 +19,15 @@ use bytes::Bytes;
 use futures::StreamExt;
 use mtls_gateway::ids::{AccountId, CertificateId, EntryName, ServiceName};
 use mtls_gateway::store::{
-    self, CertificateChange, CertificateRecord, Mapping, MappingSpec, NewCertificate, Store,
-    StoreConfig, UrlMatch, VaultAuth, VaultConfig,
+    CertificateChange, CertificateRecord, Mapping, MappingSpec, NewCertificate, Store, UrlMatch,
 };
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::certs::{self, random_hex};
+use support::admin::TestVault;
+use support::certs;
 use support::gateway::{free_port, Gateway};
-use support::openbao::{self, OpenBao};
 use support::partner::{download_sha256, Partner, PartnerOptions, SeenRequest};
 use support::pki::{ClientCa, ClientCert, Pki};
 
@@ -276,36 +275,20 @@ struct Vault {
     store: Arc<dyn Store>,
     partner_ca: String,
     /// Holds the token file the test's store reads.
-    _dir: tempfile::TempDir,
+    _vault: TestVault,
 }
 
 impl Vault {
     async fn new(certs: &Certs) -> Vault {
-        let bao = OpenBao::shared();
-        let prefix = format!("forwarding-{}", random_hex(6));
-        let token = bao
-            .token_with_policy(&prefix, &openbao::store_policy("secret", &prefix))
-            .await;
-        let dir = tempfile::tempdir().expect("a directory for the token");
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, &token).expect("write the token file");
-        let mut config = VaultConfig::new(&bao.address);
-        config.prefix.clone_from(&prefix);
-        config.auth = VaultAuth::Token {
-            token_file: Some(token_file),
-            token_env: None,
-        };
-        let store = store::open(&StoreConfig::Vault(config))
-            .await
-            .expect("open the store");
+        let vault = TestVault::new("forwarding").await;
         let partner_ca = String::from_utf8(certs.pki.server_ca_pem()).expect("a PEM CA is text");
         Vault {
-            address: bao.address.clone(),
-            prefix,
-            token,
-            store,
+            address: vault.address.clone(),
+            prefix: vault.prefix.clone(),
+            token: vault.token.clone(),
+            store: Arc::clone(&vault.store),
             partner_ca,
-            _dir: dir,
+            _vault: vault,
         }
     }
 
