@@ -117,7 +117,8 @@ fn build(c: &mut Criterion) {
     }
     cold.sort();
     println!(
-        "snapshot_build/cold/{n}: min {:.2} s, median {:.2} s, max {:.2} s ({:.0} µs per certificate)",
+        "snapshot_build/cold/{n}: min {:.2} s, median {:.2} s, max {:.2} s \
+         ({:.0} µs per certificate)",
         cold[0].as_secs_f64(),
         cold[1].as_secs_f64(),
         cold[2].as_secs_f64(),

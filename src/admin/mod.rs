@@ -382,7 +382,8 @@ async fn follow_consumer_secrets(state: AdminState, mut shutdown: ShutdownWatch)
                     match store.consumer_secret(key).await {
                         Ok(secret) => {
                             if secret.is_none() {
-                                warn!(consumer = %key, "OAuth1 consumer has no secret in the store");
+                                let consumer = key;
+                                warn!(%consumer, "OAuth1 consumer has no secret in the store");
                             }
                             state.auth.set_secret_from_store(key, secret);
                         }
