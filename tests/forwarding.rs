@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use support::admin::TestVault;
 use support::certs;
 use support::gateway::{free_port, Gateway};
+use support::openbao::OpenBao;
 use support::partner::{download_sha256, Partner, PartnerOptions, SeenRequest};
 use support::pki::{ClientCa, ClientCert, Pki};
 
@@ -280,7 +281,15 @@ struct Vault {
 
 impl Vault {
     async fn new(certs: &Certs) -> Vault {
-        let vault = TestVault::new("forwarding").await;
+        Vault::with(certs, TestVault::new("forwarding").await)
+    }
+
+    /// On a server of the test's own, which the test may stop.
+    async fn on(certs: &Certs, bao: &OpenBao) -> Vault {
+        Vault::with(certs, TestVault::on(bao, "forwarding").await)
+    }
+
+    fn with(certs: &Certs, vault: TestVault) -> Vault {
         let partner_ca = String::from_utf8(certs.pki.server_ca_pem()).expect("a PEM CA is text");
         Vault {
             address: vault.address.clone(),
@@ -1251,4 +1260,136 @@ async fn the_access_log_names_account_service_mapping_and_certificate_but_no_sec
         let leaks: Vec<&String> = logs.iter().filter(|l| l.contains(secret)).collect();
         assert!(leaks.is_empty(), "a secret was logged: {leaks:?}");
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// The store going away.
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vault_outage_keeps_the_last_snapshot_serving_and_readyz_reports_degraded() {
+    let certs = Certs::new();
+    let bao = OpenBao::start();
+    let vault = Vault::on(&certs, &bao).await;
+    let partner = certs.partner(Some(ClientCa::A));
+    let client = certs.client("outage");
+    let url = partner.url("/during-outage");
+    vault.map("acme", "IDP", &url, &client).await;
+    let settings = vault.settings();
+    let readyz = format!("http://127.0.0.1:{}/readyz", settings.admin_port);
+    let gateway = vault.start_gateway(settings);
+    let caller = Caller::new(&gateway);
+    let before = seen(caller.mapped("acme", "IDP", &url)).await;
+
+    // The server stops: every poll from now on fails.
+    let mark = gateway.log_mark();
+    drop(bao);
+    gateway.wait_for_log_since(mark, "store revision poll failed", Duration::from_secs(15));
+    let during = seen(caller.mapped("acme", "IDP", &url)).await;
+    let ready = reqwest::get(&readyz)
+        .await
+        .expect("the admin listener answers");
+    let status = ready.status();
+    let body: Value = ready.json().await.expect("JSON");
+
+    assert_eq!(
+        before.fingerprint.as_deref(),
+        Some(client.fingerprint.as_str())
+    );
+    assert_eq!(
+        during.fingerprint.as_deref(),
+        Some(client.fingerprint.as_str())
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert!(
+        body["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Binary upgrade.
+// ------------------------------------------------------------------------------------------
+
+/// Kills the upgraded process when the test ends, however it ends.
+struct Upgraded(std::process::Child);
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_upgrade_takes_the_listener_over_without_a_failed_request() {
+    let certs = Certs::new();
+    let vault = Vault::new(&certs).await;
+    let partner = certs.partner(Some(ClientCa::A));
+    let client = certs.client("upgrade");
+    let url = partner.url("/upgrade");
+    vault.map("acme", "IDP", &url, &client).await;
+    let mut old = vault.start_gateway(vault.settings());
+    let caller = Caller::new(&old);
+    seen(caller.mapped("acme", "IDP", &url)).await;
+
+    // A request every 50 ms for 5 s, across the whole hand-over.
+    let calls = {
+        let requests: Vec<RequestBuilder> = (0..100)
+            .map(|_| caller.mapped("acme", "IDP", &url))
+            .collect();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for request in requests {
+                let status = request
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                statuses.push(status);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let new = std::process::Command::new(env!("CARGO_BIN_EXE_mtls-gateway"))
+        .args(["run", "--upgrade", "--config"])
+        .arg(old.config_path())
+        .env("VAULT_TOKEN", &vault.token)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the new binary starts");
+    let new = Upgraded(new);
+    // The new process waits on the upgrade socket; then the old one hands over and drains.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let quit = std::process::Command::new("kill")
+        .args(["-QUIT", &old.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    let old_exit = old.wait_exit(Duration::from_secs(15));
+    let statuses = calls.await.expect("the calls finish");
+    // Same address, now served by the new process alone.
+    let after = seen(Caller::new(&old).mapped("acme", "IDP", &url)).await;
+
+    assert!(quit.success());
+    assert!(
+        old_exit.is_some_and(|s| s.success()),
+        "the old process drains and exits"
+    );
+    let failed: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {failed:?}",
+        failed.len(),
+        statuses.len()
+    );
+    assert_eq!(
+        after.fingerprint.as_deref(),
+        Some(client.fingerprint.as_str())
+    );
+    drop(new);
 }

@@ -56,7 +56,11 @@ pub struct StoreContents {
 
 impl TestVault {
     pub async fn new(label: &str) -> TestVault {
-        let bao = OpenBao::shared();
+        TestVault::on(OpenBao::shared(), label).await
+    }
+
+    /// The same on a server of the test's own, which the test may stop.
+    pub async fn on(bao: &OpenBao, label: &str) -> TestVault {
         let prefix = format!("{label}-{}", random_hex(6));
         let token = bao
             .token_with_policy(&prefix, &openbao::store_policy("secret", &prefix))
