@@ -189,3 +189,33 @@ fn run_refuses_an_invalid_configuration_with_status_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("store"));
 }
+
+#[test]
+fn check_answers_every_mangled_example_with_a_verdict_not_a_crash() {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.yaml"))
+            .expect("the example configuration");
+    let lines: Vec<&str> = example.lines().collect();
+
+    for skip in 0..lines.len() {
+        let mangled: String = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, line)| format!("{line}\n"))
+            .collect();
+
+        let parsed = mtls_gateway::config::Config::parse(&mangled);
+
+        if let Err(problems) = parsed {
+            assert!(
+                !problems.0.is_empty(),
+                "line {skip} removed: an error without problems"
+            );
+            assert!(problems
+                .0
+                .iter()
+                .all(|p| !p.path.is_empty() && !p.message.is_empty()));
+        }
+    }
+}

@@ -358,3 +358,49 @@ fn reports_and_debug_output_never_contain_the_password() {
         }
     }
 }
+
+/// A deterministic stream of positions, so a failure names a mutation that can be replayed.
+fn positions(len: usize, count: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (state >> 33) as usize % len.max(1)
+        })
+        .collect()
+}
+
+#[test]
+fn damaged_files_get_a_verdict_with_reasons_and_never_a_panic() {
+    let samples: Vec<Fixture> = fixtures::all()
+        .into_iter()
+        .filter(|f| f.verdict == "usable" && f.key == "ec-p256" && f.problems.is_empty())
+        .take(4)
+        .collect();
+    assert!(!samples.is_empty());
+
+    for (n, fixture) in samples.iter().enumerate() {
+        let original = fixture.der();
+        for (i, at) in positions(original.len(), 40, n as u64 + 1)
+            .into_iter()
+            .enumerate()
+        {
+            let mut flipped = original.clone();
+            flipped[at] ^= 0x5a;
+            let mut cut = original.clone();
+            cut.truncate(at);
+
+            for (what, bytes) in [("flipped", flipped), ("truncated", cut)] {
+                let report =
+                    diagnose(bytes, fixture.password(), &DiagnosisPolicy::default()).report;
+
+                let explained = report.problems.iter().all(|p| !p.message.is_empty());
+                let consistent = (report.verdict == Verdict::Usable) == report.problems.is_empty();
+                let context = format!("{} {what} at {at} (mutation {i})", fixture.name());
+                assert!(explained && consistent, "{context}: {report:?}");
+            }
+        }
+    }
+}
