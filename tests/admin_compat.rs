@@ -969,6 +969,27 @@ async fn refuses_oversize_and_malformed_bodies_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn check_mapping_refuses_accounts_outside_the_callers_scope() {
+    // Arrange.
+    let world = World::start("compat-check-scope").await;
+    let narrow = world.admin().with_token(Some(NARROW_TOKEN));
+    let question = |account: &str| json!([{ "serviceName": "IDP", "accountId": account, "url": "https://p.example/" }]);
+
+    // Act.
+    let own = narrow
+        .json(Method::POST, "/mtls/mapping?v=2", &question(NARROW_ACCOUNT))
+        .await;
+    let other = narrow
+        .json(Method::POST, "/mtls/mapping?v=2", &question("someone-else"))
+        .await;
+
+    // Assert.
+    assert_eq!(own.status, StatusCode::OK, "{}", own.text);
+    assert_eq!(other.status, StatusCode::FORBIDDEN, "{}", other.text);
+    assert!(other.text.contains("someone-else"), "{}", other.text);
+}
+
+#[tokio::test]
 async fn refuses_missing_wrong_and_insufficient_credentials() {
     // Arrange.
     let world = World::start("compat-credentials").await;

@@ -388,6 +388,17 @@ impl Authenticator {
         self.enabled
     }
 
+    /// Whether `principal`, already authenticated, may act on `account` at all: for routes such
+    /// as check mapping that name accounts in their body rather than their path.
+    pub fn covers_account(&self, principal: &Principal, account: &str) -> bool {
+        let grant = match principal {
+            Principal::Anonymous => return true,
+            Principal::Token(id) => self.tokens.values().find(|(t, _)| t == id).map(|(_, g)| g),
+            Principal::Consumer(key) => self.consumers.get(key).map(|c| &c.grant),
+        };
+        grant.is_some_and(|g| g.accounts.iter().any(|a| a == "*" || a == account))
+    }
+
     /// Consumers whose secret is kept in the store.
     pub fn consumers_in_store(&self) -> Vec<String> {
         self.consumers

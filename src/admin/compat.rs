@@ -1356,11 +1356,30 @@ impl Serialize for OrderedObject {
 async fn check_mapping(
     State(state): State<AdminState>,
     RawQuery(query): RawQuery,
+    extensions: Extensions,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let version = query_value(query.as_deref(), "v");
     let what = "an array of {\"serviceName\",\"accountId\",\"url\"}";
     let questions: Vec<MappingQuestion> = parse_json(&body, what)?;
+    // The accounts are in the body, so the guard could not check them against the caller's
+    // scope; a caller limited to some accounts must not learn about others.
+    if let Some(principal) = extensions.get::<crate::admin::auth::Principal>() {
+        let outside = questions
+            .iter()
+            .find(|q| !state.auth.covers_account(principal, &q.account_id));
+        if let Some(q) = outside {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "{} may not act on account {}",
+                    principal.label(),
+                    q.account_id
+                ),
+            ));
+        }
+    }
     let snapshot = state.snapshot.load();
     let exists = |q: &MappingQuestion| {
         snapshot
