@@ -973,9 +973,9 @@ async fn check_mapping_refuses_accounts_outside_the_callers_scope() {
     // Arrange.
     let world = World::start("compat-check-scope").await;
     let narrow = world.admin().with_token(Some(NARROW_TOKEN));
-    let question = |account: &str| {
-        json!([{ "serviceName": "IDP", "accountId": account, "url": "https://p.example/" }])
-    };
+    let url = "https://p.example/";
+    let question =
+        |account: &str| json!([{ "serviceName": "IDP", "accountId": account, "url": url }]);
 
     // Act.
     let own = narrow
